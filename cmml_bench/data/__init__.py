@@ -1,0 +1,1 @@
+"""Datasets, protocols' task splits and missing-modality masks."""
