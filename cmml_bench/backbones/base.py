@@ -19,10 +19,10 @@ Methods change the computation in two ways only:
    text and image masks, the per-sample missing types and the method's own
    per-sample data from the ``ForwardContext``. Nothing travels as an
    attribute on a tensor.
-2. Prompts. ``ForwardContext.prompts[layer]`` holds tokens (B, P, D) that are
+2. Prompts. ``ForwardContext.prompts[layer]`` contains tokens (B, P, D) that are
    inserted right after [CLS] before that layer runs, replacing the prompt
    tokens of an earlier layer (deep prompt tuning). Without a new entry the
-   earlier prompts travel on. ``ForwardContext.prefixes[layer]`` holds
+   earlier prompts travel on. ``ForwardContext.prefixes[layer]`` contains
    (key prefix, value prefix), each (B, P, D) in the projected space, that are
    prepended to that layer's attention keys and values (prefix tuning).
 
@@ -64,7 +64,7 @@ class TokenSequence:
 class ForwardContext:
     """Per-forward inputs that a method hands to the backbone.
 
-    ``missing`` holds one ``MissingType`` value per sample. ``extras`` holds a
+    ``missing`` contains one ``MissingType`` value per sample. ``extras`` contains a
     method's own per-sample tensors (for example the task chosen for each
     sample); adapters read them from ``LayerState.context``.
     """
@@ -78,7 +78,7 @@ class ForwardContext:
 
 @dataclass
 class LayerState:
-    """What an adapter of one layer sees, passed to it as an argument.
+    """Inputs of one layer's adapters, passed to them as an explicit argument.
 
     ``hidden`` is the normalised input of the attention projections, the same
     tensor the wrapped projection receives. The masks are aligned with it, so
@@ -100,8 +100,8 @@ class LayerState:
 class EncoderOutput:
     """Result of one encoder pass.
 
-    ``hidden`` holds the final token states without prompt positions, aligned
-    with ``sequence``. ``prompt_hidden`` holds the final states of the prompt
+    ``hidden`` contains the final token states without prompt positions, aligned
+    with ``sequence``. ``prompt_hidden`` contains the final states of the prompt
     tokens, or None when no prompt was inserted.
     """
 
