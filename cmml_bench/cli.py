@@ -39,3 +39,7 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="cmml-bench")
 def main() -> None:
     """Benchmark continual missing-modality learning methods on shared protocols."""
+
+
+if __name__ == "__main__":
+    main()
