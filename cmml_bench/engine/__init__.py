@@ -1,0 +1,1 @@
+"""The runner: training task after task, evaluation, checkpoints and the run folder."""
