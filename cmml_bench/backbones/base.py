@@ -312,6 +312,14 @@ class Backbone(nn.Module):
         """Reduce final hidden states (prompts removed) to one vector per sample."""
         raise NotImplementedError
 
+    def drop_modality(self, inputs: dict[str, torch.Tensor], kind: MissingType) -> dict[str, torch.Tensor]:
+        """Return a copy of prepared inputs with one modality removed, as ``prepare`` would remove it.
+
+        ``kind`` is ``TEXT_MISSING`` or ``IMAGE_MISSING``. Methods that train
+        on modality-dropped copies of complete samples (RebQ) use it.
+        """
+        raise NotImplementedError(f"backbone {self.name!r} does not implement drop_modality")
+
     def freeze(self) -> None:
         for parameter in self.parameters():
             parameter.requires_grad_(False)

@@ -91,7 +91,24 @@ class ViltBackbone(Backbone):
             "pixel_values": torch.from_numpy(np.stack(pixels)),
         }
 
-    def _pixels(self, sample: Sample, kind: MissingType) -> np.ndarray:
+    def drop_modality(self, inputs: dict[str, torch.Tensor], kind: MissingType) -> dict[str, torch.Tensor]:
+        dropped = dict(inputs)
+        batch = inputs["input_ids"].shape[0]
+        if kind == MissingType.TEXT_MISSING:
+            encoded = self.tokenizer(
+                [""] * batch, padding="max_length", truncation=True, max_length=self.max_text_length, return_tensors="pt"
+            )
+            dropped["input_ids"] = encoded["input_ids"].to(inputs["input_ids"].device)
+            dropped["text_attention_mask"] = encoded["attention_mask"].to(torch.bool).to(inputs["input_ids"].device)
+        elif kind == MissingType.IMAGE_MISSING:
+            pixels = torch.from_numpy(self._pixels(None, MissingType.IMAGE_MISSING))
+            pixels = pixels.to(inputs["pixel_values"].device, inputs["pixel_values"].dtype)
+            dropped["pixel_values"] = pixels.expand_as(inputs["pixel_values"]).clone()
+        else:
+            raise ValueError(f"drop_modality expects TEXT_MISSING or IMAGE_MISSING; got {kind!r}")
+        return dropped
+
+    def _pixels(self, sample: Sample | None, kind: MissingType) -> np.ndarray:
         size = (self.image_size, self.image_size)
         if kind == MissingType.IMAGE_MISSING:
             image = missing_image(size)
