@@ -208,6 +208,8 @@ class _Run:
         task: int | None = None
         try:
             self._build_method()
+            if not first:
+                self.progress = self._fresh_progress()
             if first:
                 self._replay(first)
             with make_progress(self.console, self.request.quiet) as self.bars:
@@ -259,6 +261,8 @@ class _Run:
         seed_everything(self.seed, -1)
         implementation: type[Method] = self.plan["implementation"]
         self.method = implementation(backbone, self.layout, self.settings.method.method)
+        # Options may narrow the settings of an instance (an oracle-task-id ablation is task-aware only).
+        self.eval_settings = [setting for setting in (TASK_AGNOSTIC, TASK_AWARE) if setting in self.method.settings]
         self.backbone_ids = {id(parameter) for parameter in backbone.parameters()}
         self.trained_ids: set[int] = set()
         self.method.to(self.device)
