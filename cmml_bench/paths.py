@@ -13,12 +13,21 @@ CACHE_ENV = "CMML_BENCH_CACHE"
 
 def protocol_dirs() -> list[Path]:
     """Return the folders searched for protocol YAML files, first match wins."""
-    return [Path.cwd() / "protocols", PROJECT_ROOT / "protocols"]
+    return _unique([Path.cwd() / "protocols", PROJECT_ROOT / "protocols"])
 
 
 def method_dirs() -> list[Path]:
     """Return the folders searched for method YAML files, first match wins."""
-    return [Path.cwd() / "methods", PROJECT_ROOT / "methods"]
+    return _unique([Path.cwd() / "methods", PROJECT_ROOT / "methods"])
+
+
+def _unique(folders: list[Path]) -> list[Path]:
+    """Drop repeated folders (the working directory is often the project root)."""
+    unique: list[Path] = []
+    for folder in folders:
+        if folder.resolve() not in [known.resolve() for known in unique]:
+            unique.append(folder)
+    return unique
 
 
 def user_cache_dir() -> Path:

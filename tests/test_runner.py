@@ -168,10 +168,12 @@ def test_multi_label_run_scores_macro_f1(tmp_path):
 
 def test_overrides_parse_yaml_values():
     config = load_method_config("finetune")
-    settings = apply_overrides(config, ["train.lr=2e-3", "method.rank=4", "backbone.config.hidden_size=16", "train.betas=[0.8, 0.9]"])
+    settings = apply_overrides(
+        config, ["train.lr=2e-3", "method.train_backbone=false", "backbone.config.hidden_size=16", "train.betas=[0.8, 0.9]"]
+    )
 
     assert settings.method.train["lr"] == 0.002
-    assert settings.method.method["rank"] == 4
+    assert settings.method.method["train_backbone"] is False
     assert settings.backbone_options == {"config": {"hidden_size": 16}}
     assert settings.method.train["betas"] == [0.8, 0.9]
     assert config.train["lr"] == 1.0e-4
@@ -184,6 +186,45 @@ def test_overrides_reject_unknown_section():
         apply_overrides(config, ["optim.lr=1"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_overrides(config, ["train.lr"])
+
+
+def test_overrides_reject_misspelled_keys():
+    config = load_method_config("finetune")
+
+    with pytest.raises(ConfigError, match="unknown --set key 'train.epoch'.*epochs"):
+        apply_overrides(config, ["train.epoch=1"])
+    with pytest.raises(ConfigError, match="unknown --set key 'eval.batchsize'"):
+        apply_overrides(config, ["eval.batchsize=8"])
+    with pytest.raises(ConfigError, match="unknown method option 'rank'.*train_backbone"):
+        apply_overrides(config, ["method.rank=4"])
+
+
+def test_overrides_reject_wrong_types():
+    config = load_method_config("finetune")
+
+    with pytest.raises(ConfigError, match="train.epochs must be int, got 'abc'"):
+        apply_overrides(config, ["train.epochs=abc"])
+    with pytest.raises(ConfigError, match="train.epochs must be at least 1"):
+        apply_overrides(config, ["train.epochs=0"])
+    with pytest.raises(ConfigError, match="train.lr must be int or float, got True"):
+        apply_overrides(config, ["train.lr=true"])
+
+
+def test_override_types_cover_defaults():
+    from cmml_bench.engine.config import EVAL_TYPES, TRAIN_TYPES
+    from cmml_bench.methods import EVAL_DEFAULTS, TRAIN_DEFAULTS
+
+    assert set(TRAIN_DEFAULTS) <= set(TRAIN_TYPES)
+    assert set(EVAL_DEFAULTS) <= set(EVAL_TYPES)
+
+
+def test_overrides_accept_variant_options():
+    # oracle_task_id is declared in delo.yaml and delo_oracle.yaml, both implementation delo.
+    config = load_method_config("delo_shared_pool")
+    settings = apply_overrides(config, ["method.oracle_task_id=true", "train.epochs=2"])
+
+    assert settings.method.method["oracle_task_id"] is True
+    assert settings.method.train["epochs"] == 2
 
 
 def test_warmup_cosine_schedule():

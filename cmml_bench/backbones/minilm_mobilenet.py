@@ -236,6 +236,12 @@ def emoji_projection(
         ) from error
 
     def build_inputs() -> tuple[np.ndarray, np.ndarray, list[str]]:
+        LOGGER.info(
+            "reading MobileNetV2 features of %d emoji images for the image projection "
+            "(computed once and cached in %s; about 10 ms per image on an idle CPU core)",
+            len(pairs),
+            features.folder,
+        )
         features.precompute([path for path, _ in pairs])
         x = pooled_features(features, [path for path, _ in pairs])
         y = caption_targets(bert, tokenizer, [caption for _, caption in pairs])

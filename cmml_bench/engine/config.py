@@ -8,10 +8,23 @@ from typing import Any
 
 import yaml
 
-from cmml_bench.methods import MethodConfig
+from cmml_bench.methods import MethodConfig, known_method_options
 
 # Sections that `--set` may change. `backbone` options go to `build_backbone`.
 OVERRIDE_SECTIONS = ("train", "eval", "method", "backbone")
+
+# Settings the runner reads from `train` and `eval`, with their expected types.
+TRAIN_TYPES: dict[str, tuple[type, ...]] = {
+    "epochs": (int,),
+    "batch_size": (int,),
+    "lr": (int, float),
+    "weight_decay": (int, float),
+    "warmup_ratio": (int, float),
+    "betas": (list,),
+    "max_grad_norm": (int, float, type(None)),
+    "num_workers": (int,),
+}
+EVAL_TYPES: dict[str, tuple[type, ...]] = {"batch_size": (int,)}
 
 
 class ConfigError(ValueError):
@@ -66,10 +79,38 @@ def apply_overrides(method: MethodConfig, overrides: list[str]) -> RunSettings:
         "method": resolved.method,
         "backbone": {},
     }
+    method_options = known_method_options(method)
     for text in overrides:
         parts, value = parse_override(text)
+        _check_override(parts, value, text, method, method_options)
         _set_path(sections[parts[0]], parts[1:], value, text)
     return RunSettings(method=resolved, backbone_options=sections["backbone"])
+
+
+def _check_override(parts: list[str], value: Any, text: str, method: MethodConfig, options: set[str]) -> None:
+    """Reject misspelled keys and values of the wrong type before any work starts."""
+    section, key = parts[0], parts[1]
+    if section in ("train", "eval"):
+        types = TRAIN_TYPES if section == "train" else EVAL_TYPES
+        if key not in types or len(parts) != 2:
+            dotted = ".".join(parts)
+            raise ConfigError(
+                f"unknown --set key {dotted!r} in {text!r}; known {section} keys: {', '.join(sorted(types))}"
+            )
+        is_bool = isinstance(value, bool)
+        if is_bool or not isinstance(value, types[key]):
+            expected = " or ".join("null" if kind is type(None) else kind.__name__ for kind in types[key])
+            raise ConfigError(f"invalid --set value in {text!r}: {section}.{key} must be {expected}, got {value!r}")
+        minimum = 0 if key == "num_workers" else 1
+        if types[key] == (int,) and value < minimum:
+            raise ConfigError(f"invalid --set value in {text!r}: {section}.{key} must be at least {minimum}")
+
+    if section == "method" and key not in options:
+        known = ", ".join(sorted(options)) or "none"
+        raise ConfigError(
+            f"unknown method option {key!r} in {text!r} for implementation {method.implementation!r}; "
+            f"known options: {known}. Options are the keys under `method:` in the method YAML files."
+        )
 
 
 def _set_path(target: dict[str, Any], keys: list[str], value: Any, text: str) -> None:

@@ -488,4 +488,6 @@ class _Run:
 
     def _resume_hint(self, completed: int) -> str:
         saved = f"tasks 1-{completed} are saved in {self.folder}" if completed else "no task was finished"
+        if self.request.stop_after is not None:
+            return f"{saved}; run the command again without --stop-after (or with a larger value) to continue"
         return f"{saved}; run the same command again to resume"

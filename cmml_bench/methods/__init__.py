@@ -141,6 +141,27 @@ def method_class(implementation: str, source: Path | None = None) -> type[Method
     raise MethodConfigError(f"{where}cmml_bench/methods/{implementation}.py defines no Method with key {implementation!r}")
 
 
+def known_method_options(config: MethodConfig) -> set[str]:
+    """Return the option names that the YAML files of ``config``'s implementation declare.
+
+    The set covers ``config`` itself and every method file that names the same
+    implementation, so an ablation key listed only in a variant's file (for
+    example ``oracle_task_id``) is still accepted by ``--set``.
+    """
+    options = set(config.method)
+    for folder in method_dirs():
+        if not folder.is_dir():
+            continue
+        for path in folder.glob("*.yaml"):
+            try:
+                content = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError:
+                continue
+            if isinstance(content, dict) and content.get("implementation") == config.implementation:
+                options.update((content.get("method") or {}).keys())
+    return options
+
+
 def list_methods() -> list[tuple[str, str]]:
     """Return (name, description) of every method YAML file, first folder wins."""
     found: dict[str, str] = {}
