@@ -24,7 +24,7 @@ RESULT_KEYS = {
     "schema_version", "protocol", "method", "backbone", "seed", "status", "tasks_completed", "num_tasks",
     "multi_label", "score_name", "eval_settings", "matrix", "metrics", "missing_breakdown",
     "uses_task_id_at_test", "trainable_parameters", "total_parameters", "timing", "identity",
-    "skipped_samples", "config",
+    "skipped_samples", "task_identification", "config",
 }
 RUN_FILES = {
     "result.json", "config.yaml", "environment.json", "class_order.json", "missing_counts.json",
@@ -88,6 +88,21 @@ def test_run_folder_files_and_schema(finetune_run):
     assert len(result["timing"]["train_seconds"]) == 3
     assert result["timing"]["peak_memory_kind"] == "cpu_max_rss"
     assert result["config"]["train"]["epochs"] == 1
+
+
+def test_task_key_accuracy_in_result(colours, finetune_run, tmp_path):
+    plain = json.loads((finetune_run / "result.json").read_text())
+    assert plain["task_identification"] is None
+
+    folder = run_one(request(colours, tmp_path, method="lora_task")).folder
+    result = json.loads((folder / "result.json").read_text())
+    diagnostics = json.loads((folder / "diagnostics.json").read_text())
+    identification = result["task_identification"]
+
+    assert identification == diagnostics["task_identification"]
+    assert identification["setting"] == TASK_AGNOSTIC
+    assert identification["overall"]["samples"] == 3 * 2 * TEST_PER_CLASS
+    assert sum(group["samples"] for group in identification["per_task"].values()) == identification["overall"]["samples"]
 
 
 def test_predictions_cover_every_test_sample(finetune_run):

@@ -55,6 +55,7 @@ def build_result(*, identity: dict, progress: dict, static: dict) -> dict[str, A
         },
         "identity": identity,
         "skipped_samples": static["skipped_samples"],
+        "task_identification": static.get("task_identification"),
         "config": static["config"],
     }
 

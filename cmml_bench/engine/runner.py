@@ -396,6 +396,8 @@ class _Run:
             for setting in self.eval_settings
         }
 
+        progress["task_identification"] = task_identification(records)
+
         save_checkpoint(self.folder, task, checkpoint_state(self.method, self._untrained_ids()), progress)
         self._write_predictions(records, seen)
         self._write_diagnostics(records)
@@ -460,6 +462,8 @@ class _Run:
             # evaluation, at least through the runner's logit masking.
             "uses_task_id_at_test": TASK_AWARE in self.eval_settings,
             "skipped_samples": dict(self.benchmark.skipped),
+            # Accuracy of the method's own task routing in task-agnostic evaluation (task-key memories).
+            "task_identification": self.progress.get("task_identification"),
             "config": {key: self.plan["config"]["method"][key] for key in ("train", "eval", "method")},
         }
         result = build_result(identity=identity, progress=self.progress, static=static)
