@@ -40,10 +40,9 @@ def trained_block(matrix: Sequence[Sequence[float | None]]) -> list[list[float]]
     """Return the lower triangle of the trained rows of R as float rows.
 
     Row i of the result contains R[i][0..i]. Entries above the diagonal are ignored.
-    Raises MatrixError on a matrix whose rows are neither lower-triangular nor
-    square, on a trained row with a missing lower-triangle entry, on a trained
-    row after an untrained one, on a non-finite score and on a matrix with no
-    trained row.
+    Raises MatrixError when the rows are neither lower-triangular nor square,
+    or a trained row misses a lower-triangle entry. It also raises on a trained
+    row after an untrained one, a non-finite score, or no trained row at all.
     """
     rows = [list(row) if row is not None else [] for row in matrix]
     num_rows = len(rows)

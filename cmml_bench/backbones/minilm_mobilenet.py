@@ -189,7 +189,7 @@ def load_minilm():
     from transformers.utils import logging as hf_logging
 
     # The packaged checkpoint contains pooler weights that BertModel without a
-    # pooler does not use; the load report and progress bar would only say that.
+    # pooler does not use, so the load report and progress bar would only list them.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

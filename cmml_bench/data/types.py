@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 class MissingType(IntEnum):
-    """Which modality a sample lacks. No sample lacks both."""
+    """The modality a sample lacks, if any. No sample lacks both."""
 
     COMPLETE = 0
     TEXT_MISSING = 1
@@ -41,7 +41,7 @@ class TaskSample:
 
     `targets` are positions in the protocol's class order. For multi-label data
     they cover every label of the sample that the protocol uses, including
-    labels of later tasks; the runner drops the ones not yet seen.
+    labels of later tasks. The runner drops the ones not yet seen.
     """
 
     sample: Sample

@@ -65,7 +65,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class TaskLayout:
-    """The protocol as a method sees it: tasks, their classes and the label kind."""
+    """The protocol as given to a method: tasks, their classes and the label kind."""
 
     task_classes: tuple[tuple[int, ...], ...]
     multi_label: bool
@@ -107,7 +107,7 @@ class Method(nn.Module):
     """Base class of every continual method. Subclasses live in ``<key>.py``.
 
     Class attributes declare what the method supports. ``settings`` lists the
-    evaluation settings it can be scored in. ``uses_task_id_at_test`` tells
+    evaluation settings it can be scored in. ``uses_task_id_at_test`` states
     whether its task-aware predictions consume the task id. With
     ``trains_on_all_seen_tasks`` the runner feeds it the union of every seen
     task's training data (joint training).

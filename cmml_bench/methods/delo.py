@@ -21,7 +21,7 @@ with the text signal.
 
 Task partitioning: task t's pools, routers and head train only during task t.
 At test time each sample picks its task with the task-key memory
-(``task_keys.py``) and uses that task's factors and head; the logits of other
+(``task_keys.py``) and uses that task's factors and head. The logits of other
 tasks' classes are set to ``OTHER_TASK_LOGIT``.
 
 Loss: classification + ``align_weight`` * (1 - cosine) between the vision and

@@ -15,9 +15,9 @@ reads the pooled [CLS] output.
 
 Layers: the paper attaches the G-prompt to layers 0-1 and the E-prompts to
 layers 2-4 of a 12-layer ViT. By default both spans are scaled to the
-backbone's depth with ``scaled_layers`` (ends multiplied by depth/12 and
-rounded up, at least one layer each): a 6-layer backbone gets G at [0] and
-E at [1, 2], a 2-layer backbone G at [0] and E at [1].
+backbone's depth with ``scaled_layers``: the ends are multiplied by depth/12
+and rounded up, with at least one layer each. A 6-layer backbone gets G at [0]
+and E at [1, 2], and a 2-layer backbone G at [0] and E at [1].
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 At test time each sample picks its task with the task-key memory
 (``task_keys.py``) and runs with that task's LoRA and head. In the task-aware
-setting the runner's task id is used instead. ``TaskPartitionedMethod`` holds
+setting the runner's task id is used instead. ``TaskPartitionedMethod`` contains
 what DeLo shares with it: per-task heads, the key memory, freezing, and the
 placement of the selected task's scores in the logits over all seen classes.
 """

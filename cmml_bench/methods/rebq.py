@@ -25,8 +25,8 @@ Two backbone passes per prediction batch: the frozen query pass and the
 prompted pass. The classifier reads the pooled [CLS] output.
 
 NOTE: the published RebQ sizes (components per pool, memory slots, loss
-weight) were not recovered; the defaults reuse CODA-Prompt's pool sizes and
-are this harness's choice for the memory.
+weight) were not recovered. The defaults reuse CODA-Prompt's pool sizes, and
+the memory settings are this harness's choice.
 """
 
 from __future__ import annotations

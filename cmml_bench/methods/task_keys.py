@@ -9,10 +9,9 @@ also computed the same way whatever task it belongs to.
 A key is the mean of the L2-normalised features of a task's training
 samples. With ``per_missing_type`` a task also keeps one key per missing type
 (complete, text missing, image missing), because a sample without its image or
-its text has a very different feature from a complete one; a test sample is
-then compared with each task's key of its own missing type, falling back to
-the task's key over all samples when the task had no training sample of that
-type. Every sample picks its task on its own, never by a vote over the batch.
+its text has a very different feature from a complete one. A test sample is
+then compared with each task's key of its own missing type. When a task had
+no training sample of that type, its key over all samples is used instead. Every sample picks its task on its own, never by a vote over the batch.
 """
 
 from __future__ import annotations
